@@ -117,13 +117,23 @@ impl Proc {
         Self::spawn_owned(name, command, ready_message, None).await
     }
 
-    /// Spawns with the private directory owned by `owner` (for a process that runs as
-    /// another user).
     async fn spawn_owned(
+        name: &str,
+        command: Command,
+        ready_message: &str,
+        owner: Option<u32>,
+    ) -> Self {
+        Self::spawn_within(name, command, ready_message, owner, 60).await
+    }
+
+    /// Spawns with the private directory owned by `owner` (for a process that runs as
+    /// another user), and waits up to `ready_secs` for `ready_message`.
+    async fn spawn_within(
         name: &str,
         mut command: Command,
         ready_message: &str,
         owner: Option<u32>,
+        ready_secs: u64,
     ) -> Self {
         let dir = temp_dir("toolsmith-test-proc");
         if let Some(uid) = owner {
@@ -169,7 +179,7 @@ impl Proc {
                 }
             }
         });
-        let addr = match within(60, addr_rx.wait_for(Option::is_some)).await {
+        let addr = match within(ready_secs, addr_rx.wait_for(Option::is_some)).await {
             Ok(addr) => addr.clone().unwrap(),
             Err(_) => {
                 // Let the reader take the last lines before showing them.
@@ -298,6 +308,17 @@ pub async fn embedded_gateway_at(database_url: &str, listen: &str, extra: &[&str
         .args(["--listen", listen, "--database-url", database_url])
         .args(extra);
     Proc::spawn("gateway", command, "serving MCP at").await
+}
+
+/// The README's first command, `./scripts/serve`, run in `cwd` the way a newcomer runs it:
+/// it installs Deno if missing, builds the release gateway and starts it with defaults
+/// (only the port is chosen here, so tests do not collide on 8080).
+pub async fn quickstart(cwd: &std::path::Path) -> Proc {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/serve");
+    let mut command = Command::new(script);
+    command.current_dir(cwd).args(["--listen", "127.0.0.1:0"]);
+    // A release build from scratch takes minutes (./scripts/test builds it beforehand).
+    Proc::spawn_within("scripts/serve", command, "serving MCP at", None, 1200).await
 }
 
 /// A gateway binary in embedded mode running as the unprivileged user `uid`, the way the
