@@ -317,6 +317,18 @@ pub async fn quickstart(cwd: &std::path::Path) -> Proc {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/serve");
     let mut command = Command::new(script);
     command.current_dir(cwd).args(["--listen", "127.0.0.1:0"]);
+    // What `cargo test` adds to this process's environment would make the script's cargo
+    // rebuild everything (build scripts watch LD_LIBRARY_PATH and the CARGO_* variables);
+    // a newcomer's shell has none of it.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if (key.starts_with("CARGO") && key != "CARGO_HOME")
+            || key == "LD_LIBRARY_PATH"
+            || key.starts_with("RUST_RECURSION")
+        {
+            command.env_remove(key.as_ref());
+        }
+    }
     // A release build from scratch takes minutes (./scripts/test builds it beforehand).
     Proc::spawn_within("scripts/serve", command, "serving MCP at", None, 1200).await
 }
