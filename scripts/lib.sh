@@ -11,6 +11,13 @@ KUBERNETES_VALIDATE_VERSION="1.37.0"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
+# The release gateway that ./scripts/serve runs (scripts/test builds the same one first, so
+# tests/quickstart.rs does not wait on it).
+build_release_gateway() {
+  log "building the gateway (release)"
+  cargo build --quiet --release --manifest-path "$ROOT/Cargo.toml" -p gateway --bin gateway
+}
+
 # A Python virtual environment under .toolsmith/ (Deno comes from PyPI as a wheel).
 ensure_venv() {
   if [[ ! -x "$VENV/bin/python" ]]; then

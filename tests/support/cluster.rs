@@ -16,6 +16,9 @@ use tokio::sync::watch;
 use super::gateway::temp_dir;
 use super::{deno_path, within, workspace_binary};
 
+/// How long a started binary has to log that it is ready.
+const READY_SECS: u64 = 60;
+
 /// The machine's RabbitMQ; `TOOLSMITH_TEST_AMQP` overrides it.
 pub fn amqp_url() -> String {
     std::env::var("TOOLSMITH_TEST_AMQP")
@@ -114,21 +117,12 @@ pub struct Proc {
 
 impl Proc {
     async fn spawn(name: &str, command: Command, ready_message: &str) -> Self {
-        Self::spawn_owned(name, command, ready_message, None).await
-    }
-
-    async fn spawn_owned(
-        name: &str,
-        command: Command,
-        ready_message: &str,
-        owner: Option<u32>,
-    ) -> Self {
-        Self::spawn_within(name, command, ready_message, owner, 60).await
+        Self::spawn_owned(name, command, ready_message, None, READY_SECS).await
     }
 
     /// Spawns with the private directory owned by `owner` (for a process that runs as
     /// another user), and waits up to `ready_secs` for `ready_message`.
-    async fn spawn_within(
+    async fn spawn_owned(
         name: &str,
         mut command: Command,
         ready_message: &str,
@@ -330,7 +324,7 @@ pub async fn quickstart(cwd: &std::path::Path) -> Proc {
         }
     }
     // A release build from scratch takes minutes (./scripts/test builds it beforehand).
-    Proc::spawn_within("scripts/serve", command, "serving MCP at", None, 1200).await
+    Proc::spawn_owned("scripts/serve", command, "serving MCP at", None, 1200).await
 }
 
 /// A gateway binary in embedded mode running as the unprivileged user `uid`, the way the
@@ -352,7 +346,7 @@ pub async fn embedded_gateway_as(uid: u32, env: &[(&str, &str)]) -> Proc {
         .arg("--database-url")
         .arg(format!("sqlite://{}", db.display()))
         .envs(env.iter().copied());
-    Proc::spawn_owned("gateway", command, "serving MCP at", Some(uid)).await
+    Proc::spawn_owned("gateway", command, "serving MCP at", Some(uid), READY_SECS).await
 }
 
 fn chown(path: &std::path::Path, uid: u32) {
