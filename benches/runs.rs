@@ -10,7 +10,8 @@
 //! Run with `./scripts/bench` (it builds the release binaries and installs Deno).
 //! Knobs: BENCH_SECONDS (saturation time per scenario, default 10), BENCH_SEQUENTIAL
 //! (sequential calls, default 1000), BENCH_CLIENTS (concurrent callers, default 32),
-//! BENCH_PROTOCOL (`2025-11-25`, default, or `2026-07-28`).
+//! BENCH_PROTOCOL (`2025-11-25`, default, or `2026-07-28`), BENCH_EMBEDDED_CONCURRENCY
+//! (the embedded gateway's `--concurrency`, default the number of cores).
 //!
 //! `cargo test --all-targets` (the test suite) runs this file without `--bench`: it then
 //! does a smoke run of every scenario against the debug binaries with a handful of calls,
