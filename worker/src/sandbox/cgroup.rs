@@ -165,10 +165,20 @@ fn sweep_stale(parent: &Path) {
             continue;
         };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            // Fails harmlessly if a run group is still inside.
+            // Fails harmlessly if a run is still inside.
+            let _ = remove_group(&entry.path());
+        }
+    }
+}
+
+/// Removes a group and its empty run groups (a killed worker leaves both behind).
+fn remove_group(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)?.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
             let _ = fs::remove_dir(entry.path());
         }
     }
+    fs::remove_dir(dir)
 }
 
 impl RunCgroup {
@@ -276,11 +286,17 @@ fn make_group(dir: &Path) -> Result<(), String> {
     if let Some(parent) = dir.parent() {
         sweep_stale(parent);
     }
-    match fs::create_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(error) => Err(format!("cannot create {}: {error}", dir.display())),
+    let create = || fs::create_dir(dir);
+    match create() {
+        // The tag holds this process's pid and a per-process counter, so a group that
+        // exists was left by an earlier process with the same pid. It is not ours to
+        // trust (it may belong to another user): remove it and start clean, or give up.
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+            remove_group(dir).and_then(|()| create())
+        }
+        result => result,
     }
+    .map_err(|error| format!("cannot create {}: {error}", dir.display()))
 }
 
 #[cfg(test)]
